@@ -155,20 +155,25 @@ class VariantConfig(Strict):
 
 
 class EvaluatorConfig(Strict):
-    width: PositiveInt = 32
+    """The classifier whose features and predictions every metric uses."""
+
+    width: PositiveInt = 32  # channels of the first conv stage; features have 4 * width
     epochs: PositiveInt = 15
     batch_size: PositiveInt = 128
-    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-3
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-3  # peak of the one-cycle schedule
+    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4
+    shift: Annotated[int, Field(ge=0, le=4)] = 1  # max random translation in pixels during training
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     seed: int = 0
 
 
 class SamplingConfig(Strict):
     """Settings shared by every sampler."""
 
-    per_class: PositiveInt = 100
-    batch_size: PositiveInt = 500
-    animate: NonNegInt = 8
-    seed: int = 0
+    per_class: PositiveInt = 100  # samples generated for every class
+    batch_size: PositiveInt = 500  # images per network call
+    animate: PositiveInt = 8  # samples shown in process.gif; every sampler writes that file
+    seed: int = 0  # combined with a hash of the sampler name into each sampler's seed
 
 
 class SamplerConfig(Strict):
@@ -183,8 +188,9 @@ class SamplerConfig(Strict):
     temperature: Annotated[float, Field(gt=0.0)] = 1.0
     # diffusion
     steps: PositiveInt | None = None  # respaced steps S; None means every step of T
-    eta: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    guidance: Annotated[float, Field(ge=0.0)] = 0.0
+    eta: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # ddim only: 0 is deterministic, 1 matches DDPM noise
+    guidance: Annotated[float, Field(ge=0.0)] = 0.0  # classifier-free guidance w; 0 samples the conditional model
+    variance: Literal["posterior", "beta"] = "posterior"  # ddpm only: sigma_t^2 is the posterior variance or beta_t
 
 
 class EvaluateConfig(Strict):
@@ -224,7 +230,7 @@ class Params(Strict):
     def _cross_checks(self) -> Params:
         errors = list(_cross_field_errors(self))
         if errors:
-            raise ValueError("; ".join(errors))
+            raise ValueError("\n  ".join(errors))
         return self
 
 
@@ -283,10 +289,22 @@ def _cross_field_errors(p: Params):
                     f"samplers.{name}.steps is {s.steps}, more than variants.{s.variant}.timesteps "
                     f"({variant.timesteps}); use at most {variant.timesteps}"
                 )
+            elif s.method is SamplerMethod.ddim and variant.timesteps % s.steps:
+                # diffusers' DDIMScheduler steps from t to t - T // S, which matches the next
+                # respaced timestep only when S divides T.
+                yield (
+                    f"samplers.{name}.steps is {s.steps}, which does not divide "
+                    f"variants.{s.variant}.timesteps ({variant.timesteps}); ddim needs a divisor "
+                    f"(allowed: {_divisors(variant.timesteps)})"
+                )
 
 
 def _divisors_below(side: int) -> list[int]:
     return [n for n in range(1, side) if side % n == 0]
+
+
+def _divisors(number: int) -> list[int]:
+    return [n for n in range(1, number + 1) if number % n == 0]
 
 
 # ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ Layout under data/prepared (written by the prepare stage):
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -81,10 +82,19 @@ def stratified_split(
 
 
 def save_split(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """Write one split atomically as an uncompressed .npz (fast to load, deterministic bytes)."""
+    """Write one split atomically as an uncompressed .npz that np.load reads.
+
+    np.savez stamps each member with the current time; fixed timestamps here make the
+    bytes a function of the arrays alone, so an unchanged rerun (on the host or in a
+    container) leaves DVC hashes unchanged.
+    """
+    arrays = {"images": images.astype(np.uint8), "labels": labels.astype(np.int64)}
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, images=images.astype(np.uint8), labels=labels.astype(np.int64))
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+            for name, array in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with archive.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def load_meta(root: Path | None = None) -> dict:
