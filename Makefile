@@ -1,7 +1,7 @@
 # One-command set-up and runs. Every target creates .venv/ first if it is missing.
 PYTHON ?= python3.11
-VENV := .venv
-BIN := $(CURDIR)/$(VENV)/bin
+VENV ?= $(CURDIR)/.venv
+BIN := $(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
 QUICK := -S data.source=digits -S data.max_per_class=60 \
