@@ -290,7 +290,7 @@ def _cross_field_errors(p: Params):
                     f"({variant.timesteps}); use at most {variant.timesteps}"
                 )
             elif s.method is SamplerMethod.ddim and variant.timesteps % s.steps:
-                # diffusers' DDIMScheduler steps from t to t - T // S, which matches the next
+                # diffusers' DDIMScheduler (0.42) steps from t to t - T // S, which matches the next
                 # respaced timestep only when S divides T.
                 yield (
                     f"samplers.{name}.steps is {s.steps}, which does not divide "
