@@ -134,6 +134,15 @@ class TrainConfig(Strict):
     nproc: PositiveInt = 1
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _batch_splits_across_processes(self) -> TrainConfig:
+        if self.batch_size % self.nproc:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not divisible by nproc {self.nproc}; "
+                "use a batch_size that is a multiple of nproc"
+            )
+        return self
+
 
 class VariantConfig(Strict):
     """One trained model; the paradigm fixes its input and output layers and its loss."""

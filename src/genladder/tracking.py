@@ -102,13 +102,17 @@ class StageRun:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._call("set_tags", lambda: self._mlflow.set_tags({k: str(v) for k, v in tags.items()}))
 
-    def log_torch_model(self, model: Any, name: str, registered_name: str | None = None) -> None:
-        """Log a torch module as an MLflow model and register it under `registered_name`."""
+    def log_torch_model(self, model: Any, name: str, registered_name: str | None = None, **kwargs: Any) -> None:
+        """Log a torch module as an MLflow model and register it under `registered_name`.
+
+        Extra keyword arguments go to mlflow.pytorch.log_model, e.g. input_example, which
+        MLflow 3 needs for its default "pt2" (torch.export) format.
+        """
 
         def _log() -> None:
             import mlflow.pytorch
 
-            mlflow.pytorch.log_model(model, name=name, registered_model_name=registered_name)
+            mlflow.pytorch.log_model(model, name=name, registered_model_name=registered_name, **kwargs)
 
         self._call("log_model", _log)
 
