@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -213,9 +214,20 @@ class RuntimeConfig(Strict):
     """How stages run; no stage lists these keys, so changing them reruns nothing."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Run each stage again in the Docker image that `python -m genladder.container build` makes.
     container: bool = False
-    gpus: str | None = None  # "all" or a comma-separated device list, passed to Docker
+    # GPUs passed to the container, "all" or comma-separated indices; selects the CUDA image.
+    gpus: str | None = None
+    # Image tag to run; None means the content-hashed tag of the current docker/ recipe.
     image: str | None = None
+
+    @model_validator(mode="after")
+    def _gpus_is_all_or_indices(self) -> RuntimeConfig:
+        if self.gpus is not None and not re.fullmatch(r"all|\d+(,\d+)*", self.gpus):
+            raise ValueError(
+                f"runtime.gpus is {self.gpus!r}; use null, 'all' or comma-separated GPU indices such as '0,1'"
+            )
+        return self
 
 
 class TrackingConfig(Strict):

@@ -13,11 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from genladder.config import ParamsError
+from genladder.config import PARAMS_FILE, ParamsError, load_params
 
 log = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# Set to "1" in every container that genladder.container starts; stages then run in place.
+INSIDE_CONTAINER_ENV = "GENLADDER_IN_CONTAINER"
 
 
 class DataError(RuntimeError):
@@ -93,12 +95,22 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def stage_entry(func: Callable[[], None]) -> Callable[[], None]:
-    """Wrap a stage's main: set up logging, and exit 2 on bad params or data, with the reason."""
+    """Wrap a stage's main: set up logging, and exit 2 on bad params or data, with the reason.
+
+    With runtime.container true, outside a container the same command runs again in
+    the project's Docker image, and the process exits with the container's status.
+    """
 
     @functools.wraps(func)
     def wrapper() -> None:
         setup_logging()
         try:
+            if os.environ.get(INSIDE_CONTAINER_ENV) != "1" and Path(PARAMS_FILE).is_file():
+                runtime = load_params().runtime
+                if runtime.container:
+                    from genladder.container import reexec_in_container
+
+                    sys.exit(reexec_in_container(runtime))
             func()
         except (ParamsError, DataError) as exc:
             logging.getLogger("genladder").error("%s", exc)

@@ -1,0 +1,1 @@
+genladder:cpu-f041b1060546
