@@ -10,6 +10,7 @@ Layout under data/prepared (written by the prepare stage):
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -93,8 +94,11 @@ def save_split(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
             for name, array in arrays.items():
                 info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                with archive.open(info, "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+                # writestr with the size known up front: ZipFile.open(..., force_zip64=True)
+                # writes different headers in Python 3.11.2 and 3.11.7, writestr does not.
+                member = io.BytesIO()
+                np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+                archive.writestr(info, member.getvalue())
 
 
 def load_meta(root: Path | None = None) -> dict:
