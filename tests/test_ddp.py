@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import socket
 from pathlib import Path
 
@@ -48,7 +50,11 @@ def gradients(model, objective, context: DistributedContext) -> dict[str, torch.
 
 def worker(rank: int, world_size: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    # A short timeout turns a rank that waits for a collective call forever into an error.
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+        timeout=datetime.timedelta(seconds=60),
+    )
     try:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -59,9 +65,14 @@ def worker(rank: int, world_size: int, port: int, out: str) -> None:
         images, labels = dataset()
         checkpoint = Path(out) / f"run-rank{rank}.pt"
         result = train(model_with_signal(), images, labels, CONFIG, STEPS, checkpoint=checkpoint, run_key="k")
+        # Resume: only rank 0 has a checkpoint file, and every rank must continue from it.
+        first = Path(out) / f"resume-rank{rank}.pt"
+        train(model_with_signal(), images, labels, CONFIG, 2, checkpoint=first, run_key="r")
+        resumed = train(model_with_signal(), images, labels, CONFIG, 4, checkpoint=first, run_key="r")
         torch.save(
             {"grads": grads, "weights": result.model.state_dict(), "context": (context.rank, context.world_size),
-             "checkpoint_exists": checkpoint.exists()},
+             "checkpoint_exists": checkpoint.exists(), "resumed_from": resumed.resumed_from,
+             "resumed_weights": resumed.model.state_dict()},
             Path(out) / f"rank{rank}.pt",
         )
         dist.barrier()
@@ -108,6 +119,27 @@ def test_ddp_training_matches_single_process(two_ranks):
 def test_only_rank_zero_checkpoints(two_ranks):
     assert two_ranks[0]["checkpoint_exists"]
     assert not two_ranks[1]["checkpoint_exists"]
+
+
+def test_every_rank_resumes_from_rank_zero(two_ranks):
+    assert two_ranks[0]["resumed_from"] == 2
+    assert two_ranks[1]["resumed_from"] == 2
+    for name, value in two_ranks[0]["resumed_weights"].items():
+        assert torch.equal(two_ranks[1]["resumed_weights"][name], value), name
+
+
+@pytest.mark.slow
+def test_stage_relaunches_under_torchrun(tmp_path):
+    from test_trainer import STAGE_PARAMS, run_stage, stage_repo
+
+    params = {**STAGE_PARAMS, "train": {**STAGE_PARAMS["train"], "nproc": 2}, "tracking": {"enabled": False}}
+    root = stage_repo(tmp_path / "repo", params)
+    result = run_stage(root, "ar", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert result.returncode == 0, result.stderr
+    assert "torch.distributed.run --standalone --nproc_per_node=2" in result.stderr
+    assert "rank 1 of 2 joined the gloo process group" in result.stderr
+    metrics = json.loads((root / "models" / "ar" / "metrics.json").read_text())
+    assert metrics["steps"] == 4
 
 
 def test_shard_splits_evenly():

@@ -216,6 +216,7 @@ def test_bf16_loss_close_to_fp32():
         config = small_config(precision=precision, lr=5e-3, batch_size=16, log_every=5)
         result = train(build_model(DIFFUSION, BACKBONE, DATA, seed=0), images, labels, config, 30)
         losses[precision] = evaluate(result.model, images, labels, seed=1, precision="fp32")["val_loss"]
+    assert losses["bf16"] != losses["fp32"]  # autocast took effect
     assert abs(losses["bf16"] - losses["fp32"]) < 0.15 * losses["fp32"]
 
 

@@ -7,6 +7,16 @@ worker). Each worker joins the process group from torchrun's environment variabl
 (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE), with the gloo backend on CPU and NCCL on CUDA.
 The global batch ``train.batch_size`` is split evenly across ranks, and only rank 0 logs,
 checkpoints and writes outputs.
+
+Several machines: start the stage under torchrun yourself on every node, with the same
+rendezvous endpoint (a host and free port of node 0) and the repository and prepared data
+at the same path everywhere::
+
+    python -m torch.distributed.run --nnodes 2 --nproc_per_node 4 \
+        --rdzv-backend c10d --rdzv-endpoint node0.example:29500 --rdzv-id genladder-ar \
+        stages/train.py ar
+
+Outputs land on the node that holds rank 0; ``dvc commit train@ar`` there records them.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -109,3 +120,12 @@ def all_reduce_mean(tensor: torch.Tensor, context: DistributedContext) -> torch.
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor /= context.world_size
     return tensor
+
+
+def broadcast_from_main(value: Any, context: DistributedContext) -> Any:
+    """Return rank 0's `value` on every rank (pickled), so all ranks act on what rank 0 read."""
+    if not context.enabled:
+        return value
+    holder = [value if context.is_main else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from genladder.checkpoint import FORMAT_VERSION, load_state, save_state
 from genladder.config import Precision, TrainConfig
-from genladder.distributed import DistributedContext, all_reduce_mean, current_context, shard
+from genladder.distributed import DistributedContext, all_reduce_mean, broadcast_from_main, current_context, shard
 from genladder.paradigms import Draws, ParadigmModel
 
 log = logging.getLogger(__name__)
@@ -162,8 +162,9 @@ def local_batch(
     return images, labels, draws
 
 
-def autocast(device: torch.device, precision: Precision):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision is Precision.bf16)
+def autocast(device: torch.device, precision: Precision | str):
+    enabled = Precision(precision) is Precision.bf16
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 @torch.no_grad()
@@ -251,9 +252,11 @@ def train(
         objective = DistributedDataParallel(objective, device_ids=device_ids)
     result = TrainResult(model=model, ema=ema, steps=0, batch_size=config.batch_size)
 
-    # 2. Resume.
+    # 2. Resume. Only rank 0 writes checkpoints, so the other ranks take its copy, which
+    # matters when they run on other machines.
     last_good = None
-    state = load_state(checkpoint, run_key) if checkpoint is not None else None
+    state = load_state(checkpoint, run_key) if checkpoint is not None and context.is_main else None
+    state = broadcast_from_main(state, context)
     if state is not None:
         _restore(state, result, optimizer)
         last_good = (checkpoint, result.steps)
