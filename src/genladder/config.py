@@ -112,8 +112,8 @@ class DataConfig(Strict):
 class BackboneConfig(Strict):
     """The one network shared by every variant: a class-conditional conv U-Net."""
 
-    width: PositiveInt = 32
-    channel_mult: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 2])
+    width: PositiveInt = 16
+    channel_mult: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4])
     num_res_blocks: PositiveInt = 1
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
@@ -122,7 +122,7 @@ class TrainConfig(Strict):
     """Settings of the training loop shared by every variant."""
 
     batch_size: PositiveInt = 64
-    steps: PositiveInt = 3000
+    steps: PositiveInt = 4000
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-3
     warmup_steps: NonNegInt = 100
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
