@@ -16,7 +16,7 @@ at the same path everywhere::
         --rdzv-backend c10d --rdzv-endpoint node0.example:29500 --rdzv-id genladder-ar \
         stages/train.py ar
 
-Outputs land on the node that holds rank 0; ``dvc commit train@ar`` there records them.
+Outputs land on the node that runs rank 0, and ``dvc commit train@ar`` there records them.
 """
 
 from __future__ import annotations
