@@ -62,7 +62,7 @@ def test_quick_profile_end_to_end(pipeline_repo):
     reran = sorted(line.split("'")[1] for line in changed.stdout.splitlines() if line.startswith("Running stage"))
     assert reran == ["evaluate", "report", "sample@ddim5"], changed.stdout
 
-    # 4. MLflow holds one run per stage execution, tagged with the DVC experiment.
+    # 4. MLflow contains one run per stage execution, tagged with the DVC experiment.
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(params["tracking"]["experiment"])
     runs = client.search_runs([experiment.experiment_id], max_results=1000)

@@ -152,7 +152,8 @@ def test_resize_keeps_range_and_shape():
     images = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
     out = resize(images, 16)
     assert out.shape == (3, 1, 16, 16)
-    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert out.min() >= 0.0
+    assert out.max() <= 1.0
 
 
 def test_prepare_writes_every_output(tmp_path):
@@ -160,9 +161,11 @@ def test_prepare_writes_every_output(tmp_path):
     stats = prepare(cfg, tmp_path / "raw", out_dir=tmp_path / "data" / "prepared")
     assert stats["num_images"] == {"train": 140, "val": 20, "test": 40}
     images, labels, meta = load_split("train", root=tmp_path)
-    assert images.dtype == torch.uint8 and images.shape == (140, 1, 8, 8)
+    assert images.dtype == torch.uint8
+    assert images.shape == (140, 1, 8, 8)
     assert int(images.max()) <= 3
-    assert meta["levels"] == 4 and meta["num_classes"] == 10
+    assert meta["levels"] == 4
+    assert meta["num_classes"] == 10
     assert (tmp_path / "data" / "prepared" / "preview.png").stat().st_size > 0
     assert sum(stats["level_histogram"]) == 140 * 64
 

@@ -211,7 +211,7 @@ class EvaluateConfig(Strict):
 
 
 class RuntimeConfig(Strict):
-    """How stages run; no stage lists these keys, so changing them reruns nothing."""
+    """Execution settings that no stage lists as params, so changing them reruns nothing."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Run each stage again in the Docker image that `python -m genladder.container build` makes.
@@ -281,15 +281,15 @@ def _cross_field_errors(p: Params):
                 f"(known: {sorted(p.variants)})"
             )
             continue
-        wanted = {
+        expected = {
             SamplerMethod.regression: Paradigm.regression,
             SamplerMethod.ar: Paradigm.ar,
             SamplerMethod.ddpm: Paradigm.diffusion,
             SamplerMethod.ddim: Paradigm.diffusion,
         }[s.method]
-        if variant.paradigm is not wanted:
+        if variant.paradigm is not expected:
             yield (
-                f"samplers.{name}.method is {s.method.value!r}, which needs a {wanted.value} variant, "
+                f"samplers.{name}.method is {s.method.value!r}, which needs a {expected.value} variant, "
                 f"but variants.{s.variant} is {variant.paradigm.value}"
             )
         if s.method is SamplerMethod.ar:
