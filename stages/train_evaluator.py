@@ -49,7 +49,7 @@ def main() -> None:
         run.log_metrics({k: v for k, v in result.metrics.items() if k != "best_epoch"})
         run.log_artifact(out / "metrics.json")
         run.log_artifact(out / "history.tsv")
-        # MLflow 3 exports the model with torch.export, which traces it on an example input.
+        # The input example shows in MLflow's model page what the classifier takes.
         example = result.model.encode(train_images[:2]).cpu().numpy()
         model = result.model.cpu().eval()
         run.log_torch_model(model, name="evaluator", registered_name=REGISTERED_NAME, input_example=example)

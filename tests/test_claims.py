@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from genladder.metrics.bootstrap import Estimate
-from genladder.metrics.suite import METRICS
+from genladder.metrics.definitions import METRICS, Estimate
 from genladder.report.claims import (
     Verdict,
     claim_diffusion,

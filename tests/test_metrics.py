@@ -18,7 +18,8 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from genladder.config import EvaluateConfig, EvaluatorConfig, OrderFamily
 from genladder.data import save_split
 from genladder.evaluator import Evaluator, TrainResult, save_evaluator
-from genladder.metrics.bootstrap import Estimate, bootstrap_mean, percentile_interval, stratified_counts
+from genladder.metrics.bootstrap import bootstrap_mean, percentile_interval, stratified_counts
+from genladder.metrics.definitions import Estimate
 from genladder.metrics.features import EvaluatorFeatures
 from genladder.metrics.frechet import FeatureDistances, frechet_replicates, kid_replicates
 from genladder.metrics.image_stats import duplicate_indicator, gradient_magnitude, nearest_distance, within_class_distance

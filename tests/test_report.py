@@ -11,9 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import dvc
-from genladder.metrics.bootstrap import Estimate
+from genladder.metrics.definitions import METRICS, Estimate
 from genladder.metrics.run import Results, quality_rows, summary, write_outputs
-from genladder.metrics.suite import METRICS
 from genladder.report.plots import plot_quality_vs_nfe
 from genladder.report.render import format_estimate, load_evaluation, write_report
 

@@ -21,7 +21,7 @@ from torch import nn
 from genladder.config import ParamsError, Prediction, SamplerConfig, SamplingConfig, validate_params
 from genladder.runtime import DataError
 from genladder.sampling import check_model, run_sampler, sampler_seed, write_outputs
-from genladder.sampling.pictures import MAX_FRAMES, frame_states
+from genladder.sampling.pictures import MAX_FRAMES, PAD_VALUE, frame_states, tile
 from genladder.sampling.run import animated_indices
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,6 +184,15 @@ def test_batch_size_does_not_change_counts(tmp_path):
 @pytest.mark.parametrize("total, count, expected", [(9, 4, [0, 2, 4, 6]), (1000, 8, list(range(0, 1000, 125))), (3, 8, [0, 1, 2])])
 def test_animated_indices_spread_over_classes(total, count, expected):
     assert animated_indices(total, count) == expected
+
+
+@pytest.mark.parametrize(("count", "columns", "padding"), [(7, 3, 2), (4, 4, 6), (2, 10, 1)])
+def test_tile_matches_torchvision_make_grid(count, columns, padding):
+    from torchvision.utils import make_grid
+
+    pictures = torch.rand(count, 3, 5, 4)
+    expected = make_grid(pictures, nrow=columns, padding=padding, pad_value=PAD_VALUE)
+    assert torch.equal(tile(pictures, columns, padding), expected)
 
 
 @pytest.mark.parametrize("steps", [1, 5, 59, 60, 256, 1000])

@@ -95,9 +95,9 @@ def save_model(path: str | Path, checkpoint: Mapping[str, Any]) -> None:
 
 
 def mlflow_model_arguments(model: ParadigmModel) -> dict[str, Any]:
-    """Return the input_example and signature that MLflow's "pt2" (torch.export) format needs.
+    """Return the input_example and signature that describe the model's inputs in MLflow.
 
-    The batch dimension is marked -1, so the exported model takes any batch size above 1.
+    The batch dimension is marked -1: the model takes any batch size.
     """
     import numpy as np
     from mlflow.models.signature import ModelSignature

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
+import gc
 import json
 import logging
 import os
@@ -104,6 +106,10 @@ def stage_entry(func: Callable[[], None]) -> Callable[[], None]:
     @functools.wraps(func)
     def wrapper() -> None:
         setup_logging()
+        # Python's final garbage collection at exit walks every object that torch, MLflow
+        # and diffusers created: 1.0 to 1.5 s per stage on 2 CPU cores. Frozen objects
+        # are skipped, and the operating system reclaims their memory with the process.
+        atexit.register(gc.freeze)
         try:
             if os.environ.get(INSIDE_CONTAINER_ENV) != "1" and Path(PARAMS_FILE).is_file():
                 runtime = load_params().runtime

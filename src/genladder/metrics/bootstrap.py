@@ -12,37 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 
-LEVEL = 0.95
+from genladder.metrics.definitions import LEVEL, Estimate
 
-
-@dataclass(frozen=True)
-class Estimate:
-    """A point estimate with the bounds of its percentile bootstrap interval."""
-
-    value: float
-    low: float
-    high: float
-
-    def to_dict(self) -> dict[str, float | None]:
-        return {"value": _finite_or_none(self.value), "low": _finite_or_none(self.low), "high": _finite_or_none(self.high)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Estimate:
-        return cls(*(math.nan if data.get(k) is None else float(data[k]) for k in ("value", "low", "high")))
-
-    @classmethod
-    def exact(cls, value: float) -> Estimate:
-        """Return an estimate without sampling error, whose interval is the value itself."""
-        return cls(float(value), float(value), float(value))
-
-
-def _finite_or_none(x: float) -> float | None:
-    # JSON has no NaN or infinity; None keeps the files valid for DVC and browsers.
-    return float(x) if math.isfinite(x) else None
 
 
 @contextmanager

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import torch
 
-MEMORIZATION_QUANTILE = 0.05
-
 
 def to_intensity(images: torch.Tensor, levels: int) -> torch.Tensor:
     """Map uint8 levels to float32 intensities in [0, 1]."""

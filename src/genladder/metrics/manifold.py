@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from genladder.metrics.bootstrap import Estimate, percentile_interval
+from genladder.metrics.bootstrap import percentile_interval
+from genladder.metrics.definitions import Estimate
 
 
 def _exact_cdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -30,9 +30,10 @@ import torch
 from genladder.config import OrderFamily, Paradigm, Params, SamplerConfig, SamplerMethod
 from genladder.data import load_split
 from genladder.evaluator import load_evaluator
-from genladder.metrics.bootstrap import Estimate, bootstrap_mean, stratified_counts
+from genladder.metrics.bootstrap import bootstrap_mean, stratified_counts
+from genladder.metrics.definitions import METRICS, Estimate
 from genladder.metrics.nll import bits_per_dim, image_orders
-from genladder.metrics.suite import METRICS, MetricSuite
+from genladder.metrics.suite import MetricSuite
 from genladder.runtime import DataError, write_json, write_text
 
 log = logging.getLogger(__name__)

@@ -8,14 +8,12 @@ two samplers scored against the same test split.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 
 from genladder.config import EvaluateConfig
 from genladder.evaluator import Evaluator, predict
 from genladder.metrics.bootstrap import (
-    Estimate,
     bootstrap_mean,
     percentile_interval,
     single_thread,
@@ -23,8 +21,8 @@ from genladder.metrics.bootstrap import (
 )
 from genladder.metrics.features import EvaluatorFeatures
 from genladder.metrics.frechet import FeatureDistances, frechet_replicates, kid_replicates
+from genladder.metrics.definitions import MEMORIZATION_QUANTILE, Estimate
 from genladder.metrics.image_stats import (
-    MEMORIZATION_QUANTILE,
     duplicate_indicator,
     gradient_magnitude,
     nearest_distance,
@@ -33,39 +31,6 @@ from genladder.metrics.image_stats import (
 from genladder.metrics.manifold import precision_recall
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    """Display label, direction and definition of one metric.
-
-    higher_is_better is None for a ratio to real images, where closer to real_value is better.
-    """
-
-    label: str
-    higher_is_better: bool | None
-    real_value: float | None
-    description: str
-
-
-METRICS: dict[str, MetricInfo] = {
-    "frechet_distance": MetricInfo("Fréchet distance", False, None, "Fréchet distance to the test split in evaluator features"),
-    "kid": MetricInfo("KID", False, None, "kernel distance (unbiased MMD^2, cubic kernel) in evaluator features"),
-    "precision": MetricInfo("precision", True, None, "share of samples inside the test split's k-NN manifold"),
-    "recall": MetricInfo("recall", True, None, "share of test images inside the samples' k-NN manifold"),
-    "class_consistency": MetricInfo("class consistency", True, None, "share of samples the evaluator assigns to the requested label"),
-    "diversity": MetricInfo(
-        "diversity", None, 1.0,
-        "within-class mean pairwise L2 distance in evaluator features, relative to test images of the same class",
-    ),
-    "duplicate_share": MetricInfo("duplicates", False, None, "share of samples with an identical twin of the same label"),
-    "sharpness": MetricInfo("sharpness", None, 1.0, "mean image-gradient magnitude relative to test images"),
-    "memorization": MetricInfo(
-        "memorization", False, None,
-        f"share of samples closer (pixel L2) to a training image than the {MEMORIZATION_QUANTILE:.0%} "
-        "quantile of test-to-train nearest distances",
-    ),
-}
 
 
 class MetricSuite:

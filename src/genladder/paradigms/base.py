@@ -49,7 +49,7 @@ class ParadigmModel(nn.Module):
     def example_inputs(self, batch_size: int = 2) -> tuple[torch.Tensor, ...]:
         """Return valid positional inputs of ``forward`` for `batch_size` examples, on the CPU.
 
-        MLflow's "pt2" format traces the model with them.
+        They are the input example logged with the model in MLflow.
         """
         raise NotImplementedError
 

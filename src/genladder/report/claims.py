@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from genladder.metrics.bootstrap import Estimate
+from genladder.metrics.definitions import Estimate
 
 # Claim 1 and 2 bounds: a sampler has collapsed when its within-class diversity is below 10%
 # of the real images' and more than 90% of its samples have an identical twin.

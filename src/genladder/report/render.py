@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genladder.metrics.bootstrap import Estimate
-from genladder.metrics.suite import METRICS
+from genladder.metrics.definitions import METRICS, Estimate
 from genladder.report.claims import ClaimResult, Comparison, evaluate_claims
 from genladder.report.document import Block, Figure, FigureRow, Heading, Paragraph, Table, to_html, to_markdown
 from genladder.runtime import DataError

@@ -19,9 +19,10 @@ num_classes ("no label").
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
 from genladder.config import Prediction, SamplerMethod
@@ -30,6 +31,9 @@ from genladder.sampling.pictures import PAD_VALUE, FrameTrace, side_by_side, uni
 DIFFUSERS_PREDICTION = {Prediction.eps: "epsilon", Prediction.v: "v_prediction"}
 DIFFUSERS_VARIANCE = {"posterior": "fixed_small", "beta": "fixed_large"}
 TIMESTEP_SPACING = "trailing"
+
+if TYPE_CHECKING:
+    from diffusers import DDIMScheduler, DDPMScheduler
 
 
 def betas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> np.ndarray:
@@ -58,6 +62,10 @@ def build_scheduler(
     steps = timesteps if steps is None else int(steps)
     if not 1 <= steps <= timesteps:
         raise ValueError(f"invalid steps {steps}: the model has {timesteps} timesteps, use 1..{timesteps}")
+
+    # Imported here: diffusers loads torch._dynamo (about 1.5 s), which only
+    # diffusion sample stages need.
+    from diffusers import DDIMScheduler, DDPMScheduler
 
     common = dict(
         num_train_timesteps=timesteps,
@@ -137,6 +145,8 @@ def denoise(
         trace.record(0, lambda i: side_by_side(unit_picture(x[i]), unit_picture(x0[i])))
 
     timesteps = scheduler.timesteps.tolist()
+    from diffusers import DDIMScheduler
+
     ddim = isinstance(scheduler, DDIMScheduler)
     for step, t in enumerate(timesteps):
         t_batch = torch.full((batch,), t, dtype=torch.long, device=device)
