@@ -1,12 +1,22 @@
-"""Describe the machine a benchmark runs on, so every recorded figure names its hardware and load."""
+"""What every benchmark script shares: the machine it runs on, its common options and set-up.
+
+Every recorded figure names its hardware and load, from describe() and load_average().
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import os
 import platform
+import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+
+from genladder.config import Params, load_params
 
 
 def cpu_model() -> str:
@@ -42,3 +52,32 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued CUDA work, so a wall-clock reading covers it; does nothing on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --params, --threads and --device, which every model benchmark takes."""
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+
+
+def set_up(args: argparse.Namespace) -> tuple[torch.device, Params]:
+    """Quiet the library logs, apply --threads, and return the device and the validated params."""
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return torch.device(args.device), load_params(args.params)
+
+
+def unknown_keys(requested: Iterable[str], defined: Iterable[str], what: str) -> bool:
+    """Print the requested keys that params does not define, naming the defined ones; True if any."""
+    unknown = sorted(set(requested) - set(defined))
+    if unknown:
+        print(f"unknown {what} {unknown}; params defines {sorted(defined)}", file=sys.stderr)
+    return bool(unknown)
+
+
+def write_results(path: Path, results: dict) -> None:
+    """Write a benchmark's figures as indented JSON, creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")

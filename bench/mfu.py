@@ -22,8 +22,6 @@ goes when MFU is low. Results also go to bench/results/mfu.json.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import statistics
 import sys
 import time
@@ -32,10 +30,10 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from genladder.config import Precision, load_params
+from genladder.config import Precision
 from genladder.models import build_model, count_parameters
 from genladder.trainer import autocast, global_batch, train
-from machine import describe, load_average, synchronize
+from machine import add_common_arguments, describe, load_average, set_up, synchronize, unknown_keys, write_results
 from train_speed import data_shape, training_rate
 
 RESULTS = Path("bench/results/mfu.json")
@@ -44,7 +42,7 @@ DTYPES = {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16}
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    add_common_arguments(parser)
     parser.add_argument("--variants", nargs="*", help="variant keys to measure (default: all)")
     parser.add_argument("--precisions", nargs="*", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--warmup-steps", type=int, default=3, help="training steps before timing")
@@ -54,8 +52,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--matmul-repeats", type=int, default=10, help="timed matrix products of the peak")
     parser.add_argument("--batch-size", type=int, default=None, help="override train.batch_size (default: params.yaml's)")
     parser.add_argument("--width", type=int, default=None, help="override backbone.width (default: params.yaml's)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--profile", metavar="VARIANT", help="profile VARIANT's training steps instead of measuring MFU")
     parser.add_argument("--profile-steps", type=int, default=10, help="training steps under the profiler")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results file (default: {RESULTS})")
@@ -123,19 +119,13 @@ def profile(params, name: str, shape: dict, precision: Precision, device: torch.
 
 def main() -> int:
     args = parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    params = load_params(args.params)
+    device, params = set_up(args)
     if args.batch_size:
         params = params.model_copy(update={"train": params.train.model_copy(update={"batch_size": args.batch_size})})
     if args.width:
         params = params.model_copy(update={"backbone": params.backbone.model_copy(update={"width": args.width})})
     names = [args.profile] if args.profile else (args.variants or list(params.variants))
-    unknown = sorted(set(names) - set(params.variants))
-    if unknown:
-        print(f"unknown variants {unknown}; params defines {sorted(params.variants)}", file=sys.stderr)
+    if unknown_keys(names, params.variants, "variants"):
         return 2
     shape = data_shape(params)
     machine = describe(device)
@@ -184,7 +174,6 @@ def main() -> int:
                 flush=True,
             )
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     setup = {
         **machine,
         "shape": shape,
@@ -192,7 +181,7 @@ def main() -> int:
         "matmul_size": args.matmul_size,
         "backbone": params.backbone.model_dump(mode="json"),
     }
-    args.output.write_text(json.dumps({"setup": setup, "rows": rows}, indent=2) + "\n")
+    write_results(args.output, {"setup": setup, "rows": rows})
     return 0
 
 

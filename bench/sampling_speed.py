@@ -21,18 +21,16 @@ Results also go to bench/results/sampling_speed.json.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 from pathlib import Path
 
 import torch
 
-from genladder.config import Paradigm, SamplerConfig, SamplingConfig, VariantConfig, load_params
+from genladder.config import Paradigm, SamplerConfig, SamplingConfig, VariantConfig
 from genladder.models import build_model, load_model
 from genladder.sampling import run_sampler
 from genladder.sampling.run import info_record
-from machine import describe, load_average
+from machine import add_common_arguments, describe, load_average, set_up, unknown_keys, write_results
 from train_speed import data_shape
 
 RESULTS = Path("bench/results/sampling_speed.json")
@@ -40,7 +38,7 @@ RESULTS = Path("bench/results/sampling_speed.json")
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    add_common_arguments(parser)
     parser.add_argument("--samplers", nargs="*", help="sampler keys to measure (default: all)")
     parser.add_argument("--per-class", type=int, default=10, help="images per class for each sampler")
     parser.add_argument("--trained", action="store_true", help="load models/VARIANT/model.pt instead of untrained models")
@@ -48,8 +46,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--side-images", type=int, default=10, help="images per sampler and side in the scaling table")
     parser.add_argument("--spread", type=int, default=4, help="n of the n x n spread groups in the scaling table")
     parser.add_argument("--ddim-steps", type=int, default=50, help="DDIM steps in the scaling table")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results file (default: {RESULTS})")
     return parser.parse_args()
 
@@ -81,15 +77,9 @@ def timed_sample(name: str, sampler: SamplerConfig, sampling: SamplingConfig, mo
 
 def main() -> int:
     args = parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    params = load_params(args.params)
+    device, params = set_up(args)
     names = args.samplers or list(params.samplers)
-    unknown = sorted(set(names) - set(params.samplers))
-    if unknown:
-        print(f"unknown samplers {unknown}; params defines {sorted(params.samplers)}", file=sys.stderr)
+    if unknown_keys(names, params.samplers, "samplers"):
         return 2
     shape = data_shape(params)
     machine = describe(device)
@@ -136,9 +126,8 @@ def main() -> int:
             scaling.append(info)
             print(f"{name:<16}{side:>5}{info['nfe']:>6}{info['images_per_second']:>10.1f}{1000 * info['seconds_per_image']:>10.2f}{info['load_average']:>6.2f}", flush=True)
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     setup = {**machine, "trained": args.trained, "shape": shape, "images_per_sampler": count, "side_images": per_class * shape["num_classes"]}
-    args.output.write_text(json.dumps({"setup": setup, "samplers": rows, "scaling": scaling}, indent=2) + "\n")
+    write_results(args.output, {"setup": setup, "samplers": rows, "scaling": scaling})
     return 0
 
 

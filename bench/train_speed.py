@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import statistics
@@ -34,16 +33,17 @@ from pathlib import Path
 
 import torch
 
-from genladder.config import Precision, load_params
+from genladder.config import Precision
 from genladder.models import build_model, count_parameters
 from genladder.trainer import autocast, train
+from machine import add_common_arguments, set_up, unknown_keys, write_results
 
 RESULTS = Path("bench/results/train_speed.json")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    add_common_arguments(parser)
     parser.add_argument("--variants", nargs="*", help="variant keys to measure (default: all)")
     parser.add_argument("--precisions", nargs="*", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--warmup-steps", type=int, default=3, help="training steps before timing")
@@ -51,8 +51,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--infer-batch", type=int, default=500, help="images per inference forward pass")
     parser.add_argument("--infer-repeats", type=int, default=4, help="timed forward passes per measurement")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per figure; the median is reported")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument(
         "--clock", choices=["wall", "process"], default="wall",
         help="wall time, or this process's CPU time (use with --threads 1 on a shared CPU)",
@@ -106,15 +104,9 @@ def inference_rate(params, variant, shape: dict, precision: Precision, args, dev
 
 def main() -> int:
     args = parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    params = load_params(args.params)
+    device, params = set_up(args)
     names = args.variants or list(params.variants)
-    unknown = sorted(set(names) - set(params.variants))
-    if unknown:
-        print(f"unknown variants {unknown}; params defines {sorted(params.variants)}", file=sys.stderr)
+    if unknown_keys(names, params.variants, "variants"):
         return 2
     shape = data_shape(params)
 
@@ -152,7 +144,6 @@ def main() -> int:
                 flush=True,
             )
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     setup = {
         "threads": torch.get_num_threads(),
         "clock": args.clock,
@@ -163,7 +154,7 @@ def main() -> int:
         "infer_batch": args.infer_batch,
         "backbone": params.backbone.model_dump(mode="json"),
     }
-    args.output.write_text(json.dumps({"setup": setup, "rows": rows}, indent=2) + "\n")
+    write_results(args.output, {"setup": setup, "rows": rows})
     return 0
 
 

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -44,7 +42,7 @@ from diffusers.training_utils import EMAModel
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from genladder.config import Precision, SamplerMethod, load_params
+from genladder.config import Precision, SamplerMethod
 from genladder.data import from_unit, load_split, to_unit
 from genladder.evaluator import load_evaluator
 from genladder.metrics.features import EvaluatorFeatures
@@ -52,7 +50,7 @@ from genladder.metrics.frechet import FeatureDistances
 from genladder.models import build_model, count_parameters
 from genladder.sampling.diffusion import build_scheduler, denoise
 from genladder.trainer import autocast, batch_indices, train
-from machine import describe, load_average, synchronize
+from machine import add_common_arguments, describe, load_average, set_up, synchronize, write_results
 
 RESULTS = Path("bench/results/vs_diffusers.json")
 BASELINE_TIMESTEPS = 1000  # train_unconditional.py's --ddpm_num_steps default
@@ -60,7 +58,7 @@ BASELINE_TIMESTEPS = 1000  # train_unconditional.py's --ddpm_num_steps default
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    add_common_arguments(parser)
     parser.add_argument("--variant", default="diffusion", help="our diffusion variant key (default: diffusion)")
     parser.add_argument("--budget-seconds", type=float, default=120.0, help="training wall-clock budget of each model, in seconds")
     parser.add_argument("--calibrate-steps", type=int, default=20, help="training steps that measure each model's speed first")
@@ -72,8 +70,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 50], help="DDIM sampling steps")
     parser.add_argument("--num-samples", type=int, default=1000, help="samples per model and step count, a multiple of the class count")
     parser.add_argument("--sample-batch", type=int, default=500, help="images per sampling forward pass")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results file (default: {RESULTS})")
     return parser.parse_args()
 
@@ -194,11 +190,7 @@ def steps_in_budget(seconds_per_step: float, budget: float) -> int:
 
 def main() -> int:
     args = parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    params = load_params(args.params)
+    device, params = set_up(args)
     if args.variant not in params.variants:
         print(f"unknown variant {args.variant!r}; params defines {sorted(params.variants)}", file=sys.stderr)
         return 2
@@ -307,13 +299,12 @@ def main() -> int:
         ratios.append(ratio)
         print(f"ours / {name}: " + ", ".join(f"{key} {value:.2f}" for key, value in ratio.items() if key != "baseline"))
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     setup = {
         **machine, "budget_seconds": args.budget_seconds, "batch_size": batch_size, "precision": precision.value,
         "num_samples": args.num_samples, "baseline_warmup": warmup, "test_images": len(test_images),
     }
     result = {"setup": setup, "models": models, "samples": rows, "ratios": ratios}
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.output, result)
     return 0
 
 
