@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 QUICK := -S data.source=digits -S data.max_per_class=60 \
 	-S backbone.width=8 -S train.steps=30 -S train.checkpoint_every=15 -S train.log_every=10 \
 	-S variants.regression.steps=30 -S variants.diffusion.timesteps=100 \
-	-S evaluator.epochs=2 -S sampling.per_class=2 -S sampling.animate=4 \
+	-S evaluator.epochs=20 -S sampling.per_class=2 -S sampling.animate=4 \
 	-S evaluate.bootstrap=20 -S evaluate.nll_images=4
 
 .PHONY: setup run quick test check clean-venv

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import subprocess
@@ -62,7 +64,16 @@ def test_quick_profile_end_to_end(pipeline_repo):
     reran = sorted(line.split("'")[1] for line in changed.stdout.splitlines() if line.startswith("Running stage"))
     assert reran == ["evaluate", "report", "sample@ddim5"], changed.stdout
 
-    # 4. MLflow contains one run per stage execution, tagged with the DVC experiment.
+    # 4. dvc exp show reads both experiments' metrics, not only the workspace's.
+    table = dvc(["exp", "show", "--csv", "--keep", "ddim5.frechet_distance"], repo).stdout
+    rows = list(csv.DictReader(io.StringIO(table)))
+    experiments = [row for row in rows if row["Experiment"]]
+    column = next(name for name in rows[0] if name.endswith("ddim5.frechet_distance"))
+    assert len(experiments) == 2, table
+    for row in experiments:
+        assert row[column] not in ("", "!"), table
+
+    # 5. MLflow contains one run per stage execution, tagged with the DVC experiment.
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(params["tracking"]["experiment"])
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
