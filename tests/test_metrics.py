@@ -15,7 +15,7 @@ from torch import nn
 from torchmetrics.image.fid import _compute_fid
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from genladder.config import EvaluateConfig, EvaluatorConfig, OrderFamily
+from genladder.config import EvaluateConfig, EvaluatorConfig, OrderFamily, validate_params
 from genladder.data import save_split
 from genladder.evaluator import Evaluator, TrainResult, save_evaluator
 from genladder.metrics.bootstrap import bootstrap_mean, percentile_interval, stratified_counts
@@ -25,7 +25,7 @@ from genladder.metrics.frechet import FeatureDistances, frechet_replicates, kid_
 from genladder.metrics.image_stats import duplicate_indicator, gradient_magnitude, nearest_distance, within_class_distance
 from genladder.metrics.manifold import _sorted_neighbours, _weighted_radii, knn_radii, precision_recall
 from genladder.metrics.nll import bits_per_dim, image_orders
-from genladder.metrics.run import class_mean_images, real_train_subset, sampler_family
+from genladder.metrics.run import class_mean_images, evaluate_all, real_train_subset, sampler_family
 from genladder.metrics.suite import MetricSuite
 from genladder.orders import groups
 
@@ -449,15 +449,41 @@ def test_sampler_family_names(settings, family):
     assert sampler_family(settings) == family
 
 
-def test_evaluate_stage_names_missing_sampler(tmp_path, monkeypatch, caplog):
+def write_digits_workspace(root: Path) -> dict:
+    """Write digits as prepared data and an untrained evaluator under `root`; return the meta dict."""
     images, labels = digits_levels()
-    prepared = tmp_path / "data" / "prepared"
+    prepared = root / "data" / "prepared"
     for split, rows in (("train", slice(0, 1000)), ("val", slice(1000, 1200)), ("test", slice(1200, 1797))):
         save_split(prepared / f"{split}.npz", images[rows].numpy(), labels[rows].numpy())
     meta = {"source": "digits", "image_size": 8, "channels": 1, "levels": 17, "num_classes": 10, "class_names": list("0123456789")}
     (prepared / "meta.json").write_text(json.dumps(meta))
     result = TrainResult(model=random_evaluator(), metrics={})
-    save_evaluator(tmp_path / "models" / "evaluator" / "model.pt", result, EvaluatorConfig(width=8), meta)
+    save_evaluator(root / "models" / "evaluator" / "model.pt", result, EvaluatorConfig(width=8), meta)
+    return meta
+
+
+def test_sampler_intervals_ignore_other_samplers(tmp_path):
+    write_digits_workspace(tmp_path)
+    images, labels = digits_levels()
+    for name, rows in (("first", slice(1200, 1400)), ("second", slice(1400, 1600))):
+        save_split(tmp_path / "samples" / name / "samples.npz", images[rows].numpy(), labels[rows].numpy())
+        (tmp_path / "samples" / name / "info.json").write_text(json.dumps({"nfe": 1}))
+    base = {
+        "data": {"source": "digits", "image_size": 8, "levels": 17},
+        "variants": {"diffusion": {"paradigm": "diffusion", "timesteps": 100}},
+        "evaluate": {"bootstrap": 30},
+    }
+
+    def scores(samplers: list[str]) -> dict:
+        spec = {name: {"variant": "diffusion", "method": "ddim", "steps": 10, "eta": 0.0} for name in samplers}
+        params = validate_params({**base, "samplers": spec})
+        return evaluate_all(params, tmp_path, torch.device("cpu")).samplers["first"]["metrics"]
+
+    assert scores(["first"]) == scores(["second", "first"])
+
+
+def test_evaluate_stage_names_missing_sampler(tmp_path, monkeypatch, caplog):
+    write_digits_workspace(tmp_path)
     params = (
         "data: {source: digits, image_size: 8, levels: 17}\n"
         "variants: {ar: {paradigm: ar, group_sizes: [1], patch_sizes: [2]}}\n"

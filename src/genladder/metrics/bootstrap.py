@@ -9,6 +9,7 @@ a naive resample would count such pairs as exact duplicates.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,16 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def row_generator(seed: int, row: str) -> torch.Generator:
+    """Return a generator seeded from evaluate.seed and a row name (a sampler, a reference, an NLL order).
+
+    Each row draws from its own stream, so its intervals do not change when rows are added
+    or removed. SHA-256 keeps the seed stable across processes, unlike Python's hash().
+    """
+    digest = hashlib.sha256(f"{seed}:{row}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
 def stratified_counts(labels: torch.Tensor, resamples: int, generator: torch.Generator) -> torch.Tensor:

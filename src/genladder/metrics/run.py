@@ -30,7 +30,7 @@ import torch
 from genladder.config import OrderFamily, Paradigm, Params, SamplerConfig, SamplerMethod
 from genladder.data import load_split
 from genladder.evaluator import load_evaluator
-from genladder.metrics.bootstrap import bootstrap_mean, stratified_counts
+from genladder.metrics.bootstrap import bootstrap_mean, row_generator, stratified_counts
 from genladder.metrics.definitions import METRICS, Estimate
 from genladder.metrics.nll import bits_per_dim, image_orders
 from genladder.metrics.suite import MetricSuite
@@ -189,13 +189,11 @@ def evaluate_all(params: Params, root: Path, device: torch.device) -> Results:
 
     results = Results()
     suite = MetricSuite(evaluator, (train_images, train_labels), (test_images, test_labels), levels, cfg, device)
-    generator = torch.Generator().manual_seed(cfg.seed)
-
     # 2. Samplers.
     for name, (images, labels, info) in samples.items():
         t0 = time.perf_counter()
         settings = sampler_settings(params.samplers[name])
-        metrics = suite.score(images, labels, generator)
+        metrics = suite.score(images, labels, row_generator(cfg.seed, name))
         results.samplers[name] = _row(
             name, "sampler", metrics,
             family=sampler_family(settings),
@@ -214,6 +212,7 @@ def evaluate_all(params: Params, root: Path, device: torch.device) -> Results:
 
     # 3. Reference rows, with as many images per class as a sampler draws.
     per_class = params.sampling.per_class
+    generator = row_generator(cfg.seed, REAL_TRAIN)
     subset = real_train_subset(train_labels, per_class, generator)
     metrics = suite.score(train_images[subset], train_labels[subset], generator, exclude_train_index=subset)
     results.references[REAL_TRAIN] = _row(
@@ -221,7 +220,7 @@ def evaluate_all(params: Params, root: Path, device: torch.device) -> Results:
         num_samples=len(subset), nfe=None, seconds_per_image=None, images_per_second=None,
     )
     mean_images, mean_labels = class_mean_images(train_images, train_labels, levels, per_class)
-    metrics = suite.score(mean_images, mean_labels, generator)
+    metrics = suite.score(mean_images, mean_labels, row_generator(cfg.seed, CLASS_MEANS))
     results.references[CLASS_MEANS] = _row(
         CLASS_MEANS, "reference", metrics, family="class means", settings={"source": "per-class mean of training images"},
         num_samples=len(mean_images), nfe=None, seconds_per_image=None, images_per_second=None,
@@ -230,7 +229,7 @@ def evaluate_all(params: Params, root: Path, device: torch.device) -> Results:
     # 4. Exact NLL of each ar variant on a seeded subset of the test split.
     if variants:
         results.nll = nll_results(
-            variants, root, test_images, test_labels, cfg.nll_images, cfg.seed, cfg.bootstrap, device, generator
+            variants, root, test_images, test_labels, cfg.nll_images, cfg.seed, cfg.bootstrap, device
         )
 
     results.context = {
@@ -253,7 +252,6 @@ def nll_results(
     seed: int,
     resamples: int,
     device: torch.device,
-    generator: torch.Generator,
 ) -> dict[str, dict[str, Any]]:
     """Return bits per dimension with intervals per ar variant and order (one pixel per step)."""
     from genladder.models import load_model  # noqa: PLC0415 - only needed when an ar variant is sampled
@@ -269,6 +267,7 @@ def nll_results(
             orders = image_orders(family, 1, len(images), height, width, torch.Generator().manual_seed(seed))
             bpd = bits_per_dim(model, images, labels, orders, desc=f"nll {variant} {family.value}")
             labels_all_one_class = torch.zeros(len(bpd), dtype=torch.long)
+            generator = row_generator(seed, f"nll:{variant}:{family.value}")
             estimate = bootstrap_mean(bpd, stratified_counts(labels_all_one_class, resamples, generator))
             row[family.value] = estimate.to_dict()
             log.info("NLL of %s, %s order: %.4f bits/dim [%.4f, %.4f]", variant, family.value, *_triple(estimate))
