@@ -1,4 +1,4 @@
-"""What every benchmark script shares: the machine it runs on, its common options and set-up.
+"""Helpers shared by the benchmark scripts: machine description, common options and set-up.
 
 Every recorded figure names its hardware and load, from describe() and load_average().
 """
@@ -69,11 +69,11 @@ def set_up(args: argparse.Namespace) -> tuple[torch.device, Params]:
     return torch.device(args.device), load_params(args.params)
 
 
-def unknown_keys(requested: Iterable[str], defined: Iterable[str], what: str) -> bool:
-    """Print the requested keys that params does not define, naming the defined ones; True if any."""
+def unknown_keys(requested: Iterable[str], defined: Iterable[str], section: str) -> bool:
+    """Report the requested keys that the params section does not define, and return whether there are any."""
     unknown = sorted(set(requested) - set(defined))
     if unknown:
-        print(f"unknown {what} {unknown}; params defines {sorted(defined)}", file=sys.stderr)
+        print(f"unknown {section} {unknown}; params defines {sorted(defined)}", file=sys.stderr)
     return bool(unknown)
 
 

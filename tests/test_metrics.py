@@ -450,7 +450,7 @@ def test_sampler_family_names(settings, family):
 
 
 def write_digits_workspace(root: Path) -> dict:
-    """Write digits as prepared data and an untrained evaluator under `root`; return the meta dict."""
+    """Write digits as prepared data and an untrained evaluator under `root`, and return the meta dict."""
     images, labels = digits_levels()
     prepared = root / "data" / "prepared"
     for split, rows in (("train", slice(0, 1000)), ("val", slice(1000, 1200)), ("test", slice(1200, 1797))):

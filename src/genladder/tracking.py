@@ -109,11 +109,11 @@ class StageRun:
         """Log a torch module as an MLflow model and register it under `registered_name`.
 
         The module is pickled together with a copy of the genladder package (MLflow's
-        code_paths), so ``mlflow.pytorch.load_model`` returns the same class, with its
-        sampling methods, on a machine without genladder installed. The pip requirements
+        code_paths), so ``mlflow.pytorch.load_model`` returns the same class (ARModel,
+        DiffusionModel, ...) on a machine without genladder installed. The pip requirements
         pin the packages that genladder's model code imports. Naming them skips MLflow's
         requirement inference, which re-imports the model in a subprocess (about 6 s on 2
-        CPU cores); MLflow 3's default "pt2" format would trace the model with
+        CPU cores). MLflow 3's default "pt2" format would also trace the model with
         torch.export (about 4 s). Logging this way takes under 1 s.
         Extra keyword arguments go to mlflow.pytorch.log_model (signature, input_example).
         """
@@ -154,8 +154,8 @@ def stage_run(
         return
 
     root = repo_root()
-    # MLflow 3 sends usage telemetry by default; the pipeline runs offline, so it is off
-    # unless the user sets MLFLOW_DISABLE_TELEMETRY=false.
+    # MLflow 3 sends usage telemetry by default. The pipeline is meant to run offline, so
+    # telemetry is off unless the user sets MLFLOW_DISABLE_TELEMETRY=false.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
         import mlflow
